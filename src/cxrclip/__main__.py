@@ -1,0 +1,5 @@
+import sys
+
+from cxrclip.cli import main
+
+sys.exit(main())
