@@ -22,7 +22,7 @@ def validate_params(params: dict[str, Any]) -> None:
     import jsonschema
 
     schema = json.loads(SCHEMA_PATH.read_text())
-    validator = jsonschema.Draft7Validator(schema)
+    validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
     if errors:
         err = errors[0]

@@ -1,0 +1,50 @@
+# Shared helpers: validation, per-stage params, artifact paths. Rules only wire artifacts together;
+# every command is a thin `cxrclip <stage>` CLI whose params keys come from cxrclip.cli (one source).
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from cxrclip.cli import stage_params
+from cxrclip.config import SCHEMA_PATH, select_params
+
+validate(config, str(SCHEMA_PATH))
+
+with open("params.yaml") as _fh:
+    if yaml.safe_load(_fh) != config:
+        raise WorkflowError(
+            "cxrclip reads params.yaml only (DVC does too): edit params.yaml instead of "
+            "passing --config/--configfile overrides, so Snakemake and DVC stay in agreement."
+        )
+
+METHODS = ["random", "tfidf_prior", "tfidf_indication", "zeroshot", "finetuned"]
+CLIP_METHODS = ["zeroshot", "finetuned"]
+KAGGLE = config["source"]["kind"] == "kaggle"
+SYNTHETIC = config["synthetic"]["enabled"]
+
+RAW_REPORTS = "data/raw/NLMCXR_reports.tgz"
+RAW_IMAGES = "data/raw/NLMCXR_png.tgz"
+REPORTS = "data/interim/reports.parquet"
+REPORT_EXCLUSIONS = "data/interim/report_exclusions.parquet"
+IMAGES = "data/interim/images.parquet"
+IMAGE_EXCLUSIONS = "data/interim/image_exclusions.parquet"
+CACHE = "data/processed/images_224.npy"
+PAIRS = "data/processed/pairs.parquet"
+PAIR_EXCLUSIONS = "data/processed/pair_exclusions.parquet"
+DATA_SUMMARY = "reports/data/counts.md"
+WEIGHTS = "models/finetuned/model.safetensors"
+HISTORY = "models/finetuned/history.csv"
+
+
+def stage_cfg(command, keys=None):
+    """The params.yaml keys read by one stage (rerun trigger when they change)."""
+    return select_params(config, keys if keys is not None else stage_params(command))
+
+
+# Keys each scoring method reads (baselines ignore the model; DVC lists the same keys).
+SCORE_KEYS = {
+    "random": ["seed", "eval.split"],
+    "tfidf_prior": ["eval.split"],
+    "tfidf_indication": ["eval.split"],
+    "zeroshot": ["eval.split", "model", "embed"],
+    "finetuned": ["eval.split", "model.name", "embed"],
+}

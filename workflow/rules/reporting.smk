@@ -1,0 +1,41 @@
+# Results a reader takes in at a glance: tables and figures rendered from the artifacts.
+
+
+rule render_tables:
+    """One row per method with 95% intervals, normal vs abnormal, paired comparison, study vs. us."""
+    input:
+        metrics=expand("results/{method}/metrics.json", method=METHODS),
+        rankings=expand("results/{method}/rankings.parquet", method=METHODS),
+        history=HISTORY,
+    output:
+        md=report("reports/metrics.md", category="Results", caption="../report/metrics.rst"),
+        csv="reports/metrics.csv",
+    log:
+        "logs/render_tables.log",
+    shell:
+        "cxrclip render-tables --params params.yaml --results-dir results --history {input.history} "
+        "--out-md {output.md} --out-csv {output.csv} 2> {log}"
+
+
+rule render_figures:
+    """Training curves, cosine distributions, embedding map, retrieval examples, P@K per label."""
+    input:
+        metrics=expand("results/{method}/metrics.json", method=METHODS),
+        rankings=expand("results/{method}/rankings.parquet", method=METHODS),
+        embeddings=expand("results/{method}/embeddings.npz", method=CLIP_METHODS),
+        history=HISTORY,
+        steps="models/finetuned/steps.csv",
+        pairs=PAIRS,
+        cache=CACHE,
+    output:
+        figures=report(
+            directory("reports/figures"),
+            patterns=["{name}.png"],
+            category="Figures",
+            caption="../report/figures.rst",
+        ),
+    log:
+        "logs/render_figures.log",
+    shell:
+        "cxrclip render-figures --params params.yaml --results-dir results --history {input.history} "
+        "--steps {input.steps} --pairs {input.pairs} --cache {input.cache} --out-dir {output.figures} 2> {log}"
