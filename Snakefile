@@ -24,3 +24,10 @@ rule all:
         "reports/metrics.md",
         "reports/figures",
     default_target: True
+
+
+onsuccess:
+    # Keep DVC in step: record what Snakemake just built in dvc.lock (and the DVC cache), so that
+    # `dvc status` / `dvc repro` see unchanged stages as up to date. Opt out: CXRCLIP_DVC_COMMIT=0.
+    if DVC_COMMIT:
+        shell("dvc commit --force --quiet")

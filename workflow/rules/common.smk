@@ -1,5 +1,7 @@
 # Shared helpers: validation, per-stage params, artifact paths. Rules only wire artifacts together;
 # every command is a thin `cxrclip <stage>` CLI whose params keys come from cxrclip.cli (one source).
+import os
+
 import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -48,3 +50,6 @@ SCORE_KEYS = {
     "zeroshot": ["eval.split", "model", "embed"],
     "finetuned": ["eval.split", "model.name", "embed"],
 }
+
+# After a successful run, `dvc commit` when this working directory holds the DVC pipeline.
+DVC_COMMIT = os.path.exists("dvc.yaml") and os.environ.get("CXRCLIP_DVC_COMMIT", "1") != "0"
