@@ -21,6 +21,7 @@ with open("params.yaml") as _fh:
 METHODS = ["random", "tfidf_prior", "tfidf_indication", "zeroshot", "finetuned"]
 CLIP_METHODS = ["zeroshot", "finetuned"]
 KAGGLE = config["source"]["kind"] == "kaggle"
+KAGGLE_DIR = config["source"]["kaggle_dir"]
 SYNTHETIC = config["synthetic"]["enabled"]
 
 RAW_REPORTS = "data/raw/NLMCXR_reports.tgz"

@@ -6,8 +6,8 @@ BASELINES = ["random", "tfidf_prior", "tfidf_indication"]
 rule score_baseline:
     """Baseline similarity of each evaluation image to every unique candidate report text."""
     input:
-        pairs=PAIRS,
-        reports=REPORTS,
+        pairs=ancient(PAIRS),
+        reports=ancient(REPORTS),
     output:
         scores="results/{baseline}/scores.npz",
     params:
@@ -24,9 +24,9 @@ rule score_baseline:
 rule embed_zeroshot:
     """Zero-shot CLIP: embed evaluation images (224 px cache) and candidate texts; cosine scores."""
     input:
-        pairs=PAIRS,
-        reports=REPORTS,
-        cache=CACHE,
+        pairs=ancient(PAIRS),
+        reports=ancient(REPORTS),
+        cache=ancient(CACHE),
     output:
         scores="results/zeroshot/scores.npz",
         embeddings="results/zeroshot/embeddings.npz",
@@ -45,10 +45,10 @@ rule embed_zeroshot:
 rule embed_finetuned:
     """Fine-tuned CLIP through the same embedding code as zero-shot."""
     input:
-        pairs=PAIRS,
-        reports=REPORTS,
-        cache=CACHE,
-        weights=WEIGHTS,
+        pairs=ancient(PAIRS),
+        reports=ancient(REPORTS),
+        cache=ancient(CACHE),
+        weights=ancient(WEIGHTS),
     output:
         scores="results/finetuned/scores.npz",
         embeddings="results/finetuned/embeddings.npz",
@@ -67,9 +67,9 @@ rule embed_finetuned:
 rule evaluate:
     """Metric suite (paper protocol, report level, label level, bootstrap CIs) + one MLflow run."""
     input:
-        scores="results/{method}/scores.npz",
-        pairs=PAIRS,
-        reports=REPORTS,
+        scores=ancient("results/{method}/scores.npz"),
+        pairs=ancient(PAIRS),
+        reports=ancient(REPORTS),
     output:
         metrics="results/{method}/metrics.json",
         rankings="results/{method}/rankings.parquet",

@@ -4,9 +4,9 @@
 rule render_tables:
     """One row per method with 95% intervals, normal vs abnormal, paired comparison, study vs. us."""
     input:
-        metrics=expand("results/{method}/metrics.json", method=METHODS),
-        rankings=expand("results/{method}/rankings.parquet", method=METHODS),
-        history=HISTORY,
+        metrics=[ancient(f) for f in expand("results/{method}/metrics.json", method=METHODS)],
+        rankings=[ancient(f) for f in expand("results/{method}/rankings.parquet", method=METHODS)],
+        history=ancient(HISTORY),
     output:
         md=report("reports/metrics.md", category="Results", caption="../report/metrics.rst"),
         csv="reports/metrics.csv",
@@ -20,13 +20,13 @@ rule render_tables:
 rule render_figures:
     """Training curves, cosine distributions, embedding map, retrieval examples, P@K per label."""
     input:
-        metrics=expand("results/{method}/metrics.json", method=METHODS),
-        rankings=expand("results/{method}/rankings.parquet", method=METHODS),
-        embeddings=expand("results/{method}/embeddings.npz", method=CLIP_METHODS),
-        history=HISTORY,
-        steps="models/finetuned/steps.csv",
-        pairs=PAIRS,
-        cache=CACHE,
+        metrics=[ancient(f) for f in expand("results/{method}/metrics.json", method=METHODS)],
+        rankings=[ancient(f) for f in expand("results/{method}/rankings.parquet", method=METHODS)],
+        embeddings=[ancient(f) for f in expand("results/{method}/embeddings.npz", method=CLIP_METHODS)],
+        history=ancient(HISTORY),
+        steps=ancient("models/finetuned/steps.csv"),
+        pairs=ancient(PAIRS),
+        cache=ancient(CACHE),
     output:
         figures=report(
             directory("reports/figures"),
