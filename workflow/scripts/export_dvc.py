@@ -77,9 +77,15 @@ def workflow_jobs(workdir: Path):
             workflow = dag_api.workflow_api._workflow
             workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True, nolock=True)
             workflow._build_dag()
-            jobs = [j for j in workflow.dag.jobs if j.rule.shellcmd]
+            levels = workflow.dag.toposorted()
+            levels = list(levels) if not hasattr(levels, "__aiter__") else workflow.async_run(_collect(levels))
+            jobs = [j for level in levels for j in sorted(level, key=stage_name) if j.rule.shellcmd]
             config = dict(workflow.config)
     return jobs, config
+
+
+async def _collect(agen):
+    return [item async for item in agen]
 
 
 def stage_name(job) -> str:
@@ -90,7 +96,7 @@ def stage_name(job) -> str:
 def build_dvc_yaml(workdir: Path) -> dict:
     jobs, config = workflow_jobs(workdir)
     stages = {}
-    for job in sorted(jobs, key=stage_name):
+    for job in jobs:
         cmd = LOG_REDIRECT_RE.sub("", " ".join(job.shellcmd.split()))
         command = cmd.split()[1]
         params = job.params.get("cfg", {}) if hasattr(job.params, "get") else {}
