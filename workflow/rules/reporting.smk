@@ -8,13 +8,16 @@ rule render_tables:
         rankings=[ancient(f) for f in expand("results/{method}/rankings.parquet", method=METHODS)],
         history=ancient(HISTORY),
     output:
-        md=report("reports/metrics.md", category="Results", caption="../report/metrics.rst"),
+        md="reports/metrics.md",
         csv="reports/metrics.csv",
+        html=report("reports/metrics.html", category="Results", caption="../report/metrics.rst"),
+    params:
+        cfg=stage_cfg("render-tables"),
     log:
         "logs/render_tables.log",
     shell:
         "cxrclip render-tables --params params.yaml --results-dir results --history {input.history} "
-        "--out-md {output.md} --out-csv {output.csv} 2> {log}"
+        "--out-md {output.md} --out-csv {output.csv} --out-html {output.html} 2> {log}"
 
 
 rule render_figures:
@@ -22,10 +25,12 @@ rule render_figures:
     input:
         metrics=[ancient(f) for f in expand("results/{method}/metrics.json", method=METHODS)],
         rankings=[ancient(f) for f in expand("results/{method}/rankings.parquet", method=METHODS)],
+        scores=[ancient(f) for f in expand("results/{method}/scores.npz", method=METHODS)],
         embeddings=[ancient(f) for f in expand("results/{method}/embeddings.npz", method=CLIP_METHODS)],
         history=ancient(HISTORY),
         steps=ancient("models/finetuned/steps.csv"),
         pairs=ancient(PAIRS),
+        reports=ancient(REPORTS),
         cache=ancient(CACHE),
     output:
         figures=report(
@@ -34,8 +39,11 @@ rule render_figures:
             category="Figures",
             caption="../report/figures.rst",
         ),
+    params:
+        cfg=stage_cfg("render-figures"),
     log:
         "logs/render_figures.log",
     shell:
         "cxrclip render-figures --params params.yaml --results-dir results --history {input.history} "
-        "--steps {input.steps} --pairs {input.pairs} --cache {input.cache} --out-dir {output.figures} 2> {log}"
+        "--steps {input.steps} --pairs {input.pairs} --reports {input.reports} --cache {input.cache} "
+        "--out-dir {output.figures} 2> {log}"

@@ -13,9 +13,12 @@ Each subcommand lives in its own module under ``cxrclip.cli`` and defines:
 from __future__ import annotations
 
 import argparse
+import ast
+import functools
 import importlib
 import logging
 import sys
+from pathlib import Path
 from types import ModuleType
 
 from cxrclip.config import ParamsError, load_params, select_params
@@ -41,26 +44,35 @@ def _load(name: str) -> ModuleType:
     return importlib.import_module(f"cxrclip.cli.{name}")
 
 
-def commands() -> dict[str, ModuleType]:
-    """Map subcommand name -> module, for every available subcommand."""
-    out = {}
-    for name in COMMAND_MODULES:
-        try:
-            mod = _load(name)
-        except ModuleNotFoundError as exc:  # a stage not built yet must not break the others
-            if exc.name == f"cxrclip.cli.{name}":
-                continue
-            raise
-        out[mod.COMMAND] = mod
-    return out
+@functools.cache
+def _constants(name: str) -> dict[str, object]:
+    """``COMMAND``, ``HELP`` and ``PARAMS`` of a command module, read from its source without importing
+    it (the stage modules import torch/mlflow; ``--help`` and the Snakefile need only these literals)."""
+    path = Path(__file__).with_name(f"{name}.py")
+    values: dict[str, object] = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            if node.targets[0].id in ("COMMAND", "HELP", "PARAMS"):
+                values[node.targets[0].id] = ast.literal_eval(node.value)
+    return values
+
+
+def commands() -> dict[str, str]:
+    """Map subcommand name -> module name, for every available subcommand (no imports)."""
+    return {
+        str(_constants(name)["COMMAND"]): name
+        for name in COMMAND_MODULES
+        if Path(__file__).with_name(f"{name}.py").exists()
+    }
 
 
 def stage_params(command: str) -> list[str]:
     """Dotted params keys read by ``command`` (used by the Snakefile and the DVC drift test)."""
-    return list(commands()[command].PARAMS)
+    return list(_constants(commands()[command])["PARAMS"])  # type: ignore[arg-type]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The ``cxrclip`` parser; only the ``selected`` subcommand's module is imported."""
     parser = argparse.ArgumentParser(
         prog="cxrclip",
         description="CLIP for chest X-ray report retrieval: pipeline stage commands. "
@@ -68,17 +80,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cxrclip {__import__('cxrclip').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, mod in commands().items():
-        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
-        p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-        p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-        mod.add_arguments(p)
-        p.set_defaults(_module=mod)
+    for command, name in commands().items():
+        help_text = str(_constants(name)["HELP"])
+        p = sub.add_parser(command, help=help_text, description=help_text)
+        if command == selected:
+            mod = _load(name)
+            p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+            p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+            mod.add_arguments(p)
+            p.set_defaults(_module=mod)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(selected).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
