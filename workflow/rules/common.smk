@@ -18,6 +18,9 @@ with open("params.yaml") as _fh:
             "passing --config/--configfile overrides, so Snakemake and DVC stay in agreement."
         )
 
+# Software environment of every rule with --software-deployment-method conda (same deps as pyproject).
+CONDA_ENV = "../../environment.yml"
+
 METHODS = ["random", "tfidf_prior", "tfidf_indication", "zeroshot", "finetuned"]
 CLIP_METHODS = ["zeroshot", "finetuned"]
 KAGGLE = config["source"]["kind"] == "kaggle"
@@ -54,3 +57,14 @@ SCORE_KEYS = {
 
 # After a successful run, `dvc commit` when this working directory holds the DVC pipeline.
 DVC_COMMIT = os.path.exists("dvc.yaml") and os.environ.get("CXRCLIP_DVC_COMMIT", "1") != "0"
+
+
+def download_inputs(wildcards):
+    """Local sources (paths, file:// URLs, the synthetic archives) are real inputs; remote URLs are not."""
+    inputs = {}
+    for key in ("reports_url", "images_url"):
+        url = config["source"][key]
+        path = url[len("file://") :] if url.startswith("file://") else url
+        if "://" not in path:
+            inputs[key] = path
+    return inputs

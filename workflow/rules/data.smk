@@ -11,20 +11,11 @@ rule make_synthetic:
         cfg=stage_cfg("synth"),
     log:
         "logs/make_synthetic.log",
+    conda:
+        CONDA_ENV
     threads: workflow.cores
     shell:
         "cxrclip synth --params params.yaml --out-dir data/synthetic --workers {threads} 2> {log}"
-
-
-def download_inputs(wildcards):
-    """Local sources (paths, file:// URLs, the synthetic archives) are real inputs; remote URLs are not."""
-    inputs = {}
-    for key in ("reports_url", "images_url"):
-        url = config["source"][key]
-        path = url[len("file://") :] if url.startswith("file://") else url
-        if "://" not in path:
-            inputs[key] = path
-    return inputs
 
 
 rule download:
@@ -39,6 +30,8 @@ rule download:
         cfg=stage_cfg("download"),
     log:
         "logs/download.log",
+    conda:
+        CONDA_ENV
     retries: 1
     shell:
         "cxrclip download --params params.yaml --out-dir data/raw 2> {log}"
@@ -55,8 +48,10 @@ rule parse_reports:
         cfg=stage_cfg("parse-reports"),
     log:
         "logs/parse_reports.log",
+    conda:
+        CONDA_ENV
     shell:
-        "cxrclip parse-reports --params params.yaml --archive {RAW_REPORTS} "
+        "cxrclip parse-reports --params params.yaml --archive {input.source} "
         "--out {output.reports} --exclusions-out {output.exclusions} 2> {log}"
 
 
@@ -74,9 +69,11 @@ rule verify_images:
         cfg=stage_cfg("verify-images"),
     log:
         "logs/verify_images.log",
+    conda:
+        CONDA_ENV
     threads: workflow.cores
     shell:
-        "cxrclip verify-images --params params.yaml --archive {RAW_IMAGES} --reports {input.reports} "
+        "cxrclip verify-images --params params.yaml --archive {input.source} --reports {input.reports} "
         "--out {output.images} --exclusions-out {output.exclusions} --cache {output.cache} 2> {log}"
 
 
@@ -92,6 +89,8 @@ rule build_splits:
         cfg=stage_cfg("build-splits"),
     log:
         "logs/build_splits.log",
+    conda:
+        CONDA_ENV
     shell:
         "cxrclip build-splits --params params.yaml --reports {input.reports} --images {input.images} "
         "--out {output.pairs} --exclusions-out {output.exclusions} 2> {log}"
@@ -117,6 +116,8 @@ rule data_summary:
         ),
     log:
         "logs/data_summary.log",
+    conda:
+        CONDA_ENV
     shell:
         "cxrclip data-summary --params params.yaml --reports {input.reports} "
         "--report-exclusions {input.report_exclusions} --images {input.images} "

@@ -14,6 +14,8 @@ rule score_baseline:
         cfg=lambda wildcards: stage_cfg("score", SCORE_KEYS[wildcards.baseline]),
     log:
         "logs/score_{baseline}.log",
+    conda:
+        CONDA_ENV
     wildcard_constraints:
         baseline="|".join(BASELINES),
     shell:
@@ -34,6 +36,8 @@ rule embed_zeroshot:
         cfg=stage_cfg("score", SCORE_KEYS["zeroshot"]),
     log:
         "logs/embed_zeroshot.log",
+    conda:
+        CONDA_ENV
     resources:
         gpu=1,
     shell:
@@ -56,6 +60,8 @@ rule embed_finetuned:
         cfg=stage_cfg("score", SCORE_KEYS["finetuned"]),
     log:
         "logs/embed_finetuned.log",
+    conda:
+        CONDA_ENV
     resources:
         gpu=1,
     shell:
@@ -77,6 +83,8 @@ rule evaluate:
         cfg=stage_cfg("evaluate"),
     log:
         "logs/evaluate_{method}.log",
+    conda:
+        CONDA_ENV
     wildcard_constraints:
         method="|".join(METHODS),
     shell:

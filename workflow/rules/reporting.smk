@@ -15,6 +15,8 @@ rule render_tables:
         cfg=stage_cfg("render-tables"),
     log:
         "logs/render_tables.log",
+    conda:
+        CONDA_ENV
     shell:
         "cxrclip render-tables --params params.yaml --results-dir results --history {input.history} "
         "--out-md {output.md} --out-csv {output.csv} --out-html {output.html} 2> {log}"
@@ -43,6 +45,8 @@ rule render_figures:
         cfg=stage_cfg("render-figures"),
     log:
         "logs/render_figures.log",
+    conda:
+        CONDA_ENV
     shell:
         "cxrclip render-figures --params params.yaml --results-dir results --history {input.history} "
         "--steps {input.steps} --pairs {input.pairs} --reports {input.reports} --cache {input.cache} "

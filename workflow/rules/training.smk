@@ -17,6 +17,8 @@ rule finetune:
         cfg=stage_cfg("finetune"),
     log:
         "logs/finetune.log",
+    conda:
+        CONDA_ENV
     threads: 4
     resources:
         gpu=1,
