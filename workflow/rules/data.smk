@@ -40,7 +40,7 @@ rule download:
 rule parse_reports:
     """Open-i XML (or the Kaggle CSV) -> one cleaned row per report, exclusions with reasons."""
     input:
-        source=ancient(f"{KAGGLE_DIR}/indiana_reports.csv" if KAGGLE else RAW_REPORTS),
+        source=f"{KAGGLE_DIR}/indiana_reports.csv" if KAGGLE else RAW_REPORTS,
     output:
         reports=REPORTS,
         exclusions=REPORT_EXCLUSIONS,
@@ -58,8 +58,8 @@ rule parse_reports:
 rule verify_images:
     """Decode every image once: verify (truncation, bombs) and write the 224 px uint8 cache."""
     input:
-        source=ancient(f"{KAGGLE_DIR}/images" if KAGGLE else RAW_IMAGES),
-        reports=ancient(REPORTS),
+        source=f"{KAGGLE_DIR}/images" if KAGGLE else RAW_IMAGES,
+        reports=REPORTS,
     output:
         images=IMAGES,
         exclusions=IMAGE_EXCLUSIONS,
@@ -80,8 +80,8 @@ rule verify_images:
 rule build_splits:
     """Leak-free 80/10/10 splits grouped by report, stratified normal/abnormal; fails on any crossing id."""
     input:
-        reports=ancient(REPORTS),
-        images=ancient(IMAGES),
+        reports=REPORTS,
+        images=IMAGES,
     output:
         pairs=PAIRS,
         exclusions=PAIR_EXCLUSIONS,
@@ -99,13 +99,13 @@ rule build_splits:
 rule data_summary:
     """Counts (Markdown/CSV) and dataset figures into reports/data/."""
     input:
-        reports=ancient(REPORTS),
-        report_exclusions=ancient(REPORT_EXCLUSIONS),
-        images=ancient(IMAGES),
-        image_exclusions=ancient(IMAGE_EXCLUSIONS),
-        pairs=ancient(PAIRS),
-        pair_exclusions=ancient(PAIR_EXCLUSIONS),
-        cache=ancient(CACHE),
+        reports=REPORTS,
+        report_exclusions=REPORT_EXCLUSIONS,
+        images=IMAGES,
+        image_exclusions=IMAGE_EXCLUSIONS,
+        pairs=PAIRS,
+        pair_exclusions=PAIR_EXCLUSIONS,
+        cache=CACHE,
     output:
         counts=DATA_SUMMARY,
         csv="reports/data/counts.csv",

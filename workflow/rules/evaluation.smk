@@ -6,8 +6,8 @@ BASELINES = ["random", "tfidf_prior", "tfidf_indication"]
 rule score_baseline:
     """Baseline similarity of each evaluation image to every unique candidate report text."""
     input:
-        pairs=ancient(PAIRS),
-        reports=ancient(REPORTS),
+        pairs=PAIRS,
+        reports=REPORTS,
     output:
         scores="results/{baseline}/scores.npz",
     params:
@@ -26,9 +26,9 @@ rule score_baseline:
 rule embed_zeroshot:
     """Zero-shot CLIP: embed evaluation images (224 px cache) and candidate texts; cosine scores."""
     input:
-        pairs=ancient(PAIRS),
-        reports=ancient(REPORTS),
-        cache=ancient(CACHE),
+        pairs=PAIRS,
+        reports=REPORTS,
+        cache=CACHE,
     output:
         scores="results/zeroshot/scores.npz",
         embeddings="results/zeroshot/embeddings.npz",
@@ -49,10 +49,10 @@ rule embed_zeroshot:
 rule embed_finetuned:
     """Fine-tuned CLIP through the same embedding code as zero-shot."""
     input:
-        pairs=ancient(PAIRS),
-        reports=ancient(REPORTS),
-        cache=ancient(CACHE),
-        weights=ancient(WEIGHTS),
+        pairs=PAIRS,
+        reports=REPORTS,
+        cache=CACHE,
+        weights=WEIGHTS,
     output:
         scores="results/finetuned/scores.npz",
         embeddings="results/finetuned/embeddings.npz",
@@ -73,9 +73,9 @@ rule embed_finetuned:
 rule evaluate:
     """Metric suite (paper protocol, report level, label level, bootstrap CIs) + one MLflow run."""
     input:
-        scores=ancient("results/{method}/scores.npz"),
-        pairs=ancient(PAIRS),
-        reports=ancient(REPORTS),
+        scores="results/{method}/scores.npz",
+        pairs=PAIRS,
+        reports=REPORTS,
     output:
         metrics="results/{method}/metrics.json",
         rankings="results/{method}/rankings.parquet",

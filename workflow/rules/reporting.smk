@@ -4,9 +4,9 @@
 rule render_tables:
     """One row per method with 95% intervals, normal vs abnormal, paired comparison, study vs. us."""
     input:
-        metrics=[ancient(f) for f in expand("results/{method}/metrics.json", method=METHODS)],
-        rankings=[ancient(f) for f in expand("results/{method}/rankings.parquet", method=METHODS)],
-        history=ancient(HISTORY),
+        metrics=expand("results/{method}/metrics.json", method=METHODS),
+        rankings=expand("results/{method}/rankings.parquet", method=METHODS),
+        history=HISTORY,
     output:
         md="reports/metrics.md",
         csv="reports/metrics.csv",
@@ -25,15 +25,15 @@ rule render_tables:
 rule render_figures:
     """Training curves, cosine distributions, embedding map, retrieval examples, P@K per label."""
     input:
-        metrics=[ancient(f) for f in expand("results/{method}/metrics.json", method=METHODS)],
-        rankings=[ancient(f) for f in expand("results/{method}/rankings.parquet", method=METHODS)],
-        scores=[ancient(f) for f in expand("results/{method}/scores.npz", method=METHODS)],
-        embeddings=[ancient(f) for f in expand("results/{method}/embeddings.npz", method=CLIP_METHODS)],
-        history=ancient(HISTORY),
-        steps=ancient("models/finetuned/steps.csv"),
-        pairs=ancient(PAIRS),
-        reports=ancient(REPORTS),
-        cache=ancient(CACHE),
+        metrics=expand("results/{method}/metrics.json", method=METHODS),
+        rankings=expand("results/{method}/rankings.parquet", method=METHODS),
+        scores=expand("results/{method}/scores.npz", method=METHODS),
+        embeddings=expand("results/{method}/embeddings.npz", method=CLIP_METHODS),
+        history=HISTORY,
+        steps="models/finetuned/steps.csv",
+        pairs=PAIRS,
+        reports=REPORTS,
+        cache=CACHE,
     output:
         figures=report(
             directory("reports/figures"),

@@ -5,9 +5,9 @@
 rule finetune:
     """Fine-tune CLIP on the train split, validate each epoch, keep the best weights (resumable)."""
     input:
-        pairs=ancient(PAIRS),
-        reports=ancient(REPORTS),
-        cache=ancient(CACHE),
+        pairs=PAIRS,
+        reports=REPORTS,
+        cache=CACHE,
     output:
         weights=WEIGHTS,
         history=HISTORY,
