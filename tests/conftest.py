@@ -93,3 +93,32 @@ def copy_project():
         return dest
 
     return _copy
+
+
+def init_git_dvc_repo(dest: Path, copy_files, params: dict[str, Any]) -> Path:
+    """A throwaway git repo holding the project, ``params`` as params.yaml and its generated dvc.yaml."""
+    repo = copy_files(dest)
+    write_params(repo, params)
+    run([sys.executable, "workflow/scripts/export_dvc.py"], cwd=repo)
+    run(["git", "init", "-q"], cwd=repo)
+    run(["git", "config", "user.email", "ci@example.invalid"], cwd=repo)
+    run(["git", "config", "user.name", "ci"], cwd=repo)
+    run(["git", "add", "-A"], cwd=repo)
+    run(["git", "commit", "-qm", "init"], cwd=repo)
+    return repo
+
+
+def restore_outputs_from_dvc_cache(repo: Path) -> list[str]:
+    """Delete every DVC-cached output and bring it back with `dvc checkout` (fresh, unordered mtimes).
+
+    Outputs with ``cache: false`` (metrics, plots, reports) live in git, not in the DVC cache: kept.
+    """
+    cached = []
+    for stage in yaml.safe_load((repo / "dvc.yaml").read_text())["stages"].values():
+        cached += [out for out in stage.get("outs", []) if isinstance(out, str)]
+    for out in cached:
+        path = repo / out
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    run([str(BIN / "dvc"), "checkout", "--force"], cwd=repo)
+    assert all((repo / out).exists() for out in cached)
+    return cached

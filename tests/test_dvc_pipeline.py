@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-
-from conftest import BIN, ROOT, demo_params, run, snakemake, write_params
+from conftest import (
+    BIN,
+    ROOT,
+    demo_params,
+    init_git_dvc_repo,
+    restore_outputs_from_dvc_cache,
+    run,
+    snakemake,
+    write_params,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -34,21 +41,9 @@ def set_param(repo: Path, section: str, key: str, value) -> None:
     write_params(repo, params)
 
 
-def init_repo(dest: Path, copy_project) -> Path:
-    repo = copy_project(dest)
-    write_params(repo, demo_params())
-    run([sys.executable, "workflow/scripts/export_dvc.py"], cwd=repo)
-    run(["git", "init", "-q"], cwd=repo)
-    run(["git", "config", "user.email", "ci@example.invalid"], cwd=repo)
-    run(["git", "config", "user.name", "ci"], cwd=repo)
-    run(["git", "add", "-A"], cwd=repo)
-    run(["git", "commit", "-qm", "init"], cwd=repo)
-    return repo
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, copy_project) -> Path:
-    return init_repo(tmp_path_factory.mktemp("dvcrepo"), copy_project)
+    return init_git_dvc_repo(tmp_path_factory.mktemp("dvcrepo"), copy_project, demo_params())
 
 
 @pytest.fixture(scope="module")
@@ -85,17 +80,10 @@ def test_cleaning_param_change_reruns_parsing_and_after_but_not_download(repo: P
     assert not ran & {"download", "make_synthetic"}
 
 
-def _restore_outputs_from_dvc_cache(repo: Path) -> None:
-    """Delete every pipeline output and bring it back with `dvc checkout` (fresh, unordered mtimes)."""
-    for path in ("data/interim", "data/processed", "results", "models"):
-        shutil.rmtree(repo / path)
-    dvc(repo, "checkout", "--force")
-
-
 def test_snakemake_after_dvc_checkout_runs_nothing(repo: Path, first_repro: str):
     """Outputs built by DVC alone (no Snakemake metadata): sync mtimes in pipeline order, then nothing reruns."""
     dvc(repo, "repro")
-    _restore_outputs_from_dvc_cache(repo)
+    restore_outputs_from_dvc_cache(repo)
     run([sys.executable, "workflow/scripts/dvc_sync_mtimes.py"], cwd=repo)
     proc = snakemake(repo, "-n")
     assert not re.findall(r"^rule (\w+):", proc.stdout, flags=re.MULTILINE), proc.stdout
@@ -110,17 +98,6 @@ def test_experiment_shows_param_and_metric_changes(repo: Path, first_repro: str)
     assert "lr3e-4" in shown
     assert "0.0003" in dvc(repo, "params", "diff").stdout
     assert "results/finetuned/metrics.json" in dvc(repo, "metrics", "diff", "--all").stdout
-
-
-def test_dvc_status_is_clean_after_a_snakemake_run_and_checkout_reruns_nothing(tmp_path, copy_project):
-    repo = init_repo(tmp_path, copy_project)
-    snakemake(repo)  # onsuccess: dvc commit --force
-    out = dvc(repo, "status").stdout
-    assert "up to date" in out, out
-    # Snakemake recorded input checksums: restored files with new mtimes do not trigger reruns.
-    _restore_outputs_from_dvc_cache(repo)
-    proc = snakemake(repo, "-n")
-    assert not re.findall(r"^rule (\w+):", proc.stdout, flags=re.MULTILINE), proc.stdout
 
 
 def test_project_root_is_a_dvc_repo_with_the_cache_outside_git():

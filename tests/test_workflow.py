@@ -10,8 +10,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
-from conftest import demo_params, snakemake, write_params
+from conftest import (
+    BIN,
+    demo_params,
+    init_git_dvc_repo,
+    restore_outputs_from_dvc_cache,
+    run,
+    snakemake,
+    write_params,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -22,28 +29,28 @@ def planned_rules(dry_run_stdout: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory) -> Path:
+def demo_run(tmp_path_factory, copy_project) -> Path:
     """The whole demo workflow, once, with every fault injected."""
-    workdir = tmp_path_factory.mktemp("demo")
-    write_params(workdir, demo_params())
-    snakemake(workdir)
-    return workdir
+    repo = init_git_dvc_repo(tmp_path_factory.mktemp("demo"), copy_project, demo_params())
+    snakemake(repo)  # onsuccess: dvc commit --force
+    return repo
 
 
 def test_bad_param_stops_with_one_message_naming_the_key(tmp_path):
     params = demo_params(images={"size": -3})
     write_params(tmp_path, params)
     proc = snakemake(tmp_path, "-n", check=False)
+    out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "size" in proc.stderr and "images" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert "invalid value for 'images.size'" in out
+    assert "Traceback" not in out
 
 
 def test_overriding_params_on_the_command_line_is_refused(tmp_path):
     write_params(tmp_path, demo_params())
     proc = snakemake(tmp_path, "-n", "--config", "seed=7", check=False)
     assert proc.returncode != 0
-    assert "edit params.yaml" in proc.stderr
+    assert "edit params.yaml" in proc.stdout + proc.stderr
 
 
 def test_snakemake_lint_is_clean(tmp_path):
@@ -134,3 +141,14 @@ def test_snakemake_report_is_self_contained_html(demo_run: Path):
     html = (demo_run / "reports/report.html").read_text(errors="replace")
     assert "<html" in html.lower() and len(html) > 10_000
 
+
+
+def test_dvc_status_is_clean_after_a_snakemake_run(demo_run: Path):
+    out = run([str(BIN / "dvc"), "status"], cwd=demo_run).stdout
+    assert "up to date" in out, out
+
+
+def test_outputs_restored_by_dvc_checkout_do_not_rerun(demo_run: Path):
+    """Snakemake recorded input checksums: restored files with new mtimes trigger nothing."""
+    restore_outputs_from_dvc_cache(demo_run)
+    assert planned_rules(snakemake(demo_run, "-n").stdout) == set()

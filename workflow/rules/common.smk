@@ -7,9 +7,13 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from cxrclip.cli import stage_params
-from cxrclip.config import SCHEMA_PATH, select_params
+from cxrclip.config import SCHEMA_PATH, ParamsError, select_params, validate_params
 
-validate(config, str(SCHEMA_PATH))
+try:  # one line naming the key, e.g. "params.yaml: invalid value for 'images.size': ..."
+    validate_params(config)
+except ParamsError as _exc:
+    raise WorkflowError(str(_exc)) from None
+validate(config, str(SCHEMA_PATH))  # Snakemake's own check against the same schema
 
 with open("params.yaml") as _fh:
     if yaml.safe_load(_fh) != config:
