@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
 from conftest import (
     BIN,
     demo_params,
