@@ -51,9 +51,17 @@ def _constants(name: str) -> dict[str, object]:
     path = Path(__file__).with_name(f"{name}.py")
     values: dict[str, object] = {}
     for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            if node.targets[0].id in ("COMMAND", "HELP", "PARAMS"):
-                values[node.targets[0].id] = ast.literal_eval(node.value)
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, value = node.target, node.value
+        else:
+            continue
+        if isinstance(target, ast.Name) and target.id in ("COMMAND", "HELP", "PARAMS"):
+            values[target.id] = ast.literal_eval(value)
+    missing = {"COMMAND", "HELP", "PARAMS"} - set(values)
+    if missing:
+        raise RuntimeError(f"{path}: command module lacks literal {sorted(missing)}")
     return values
 
 
