@@ -97,7 +97,7 @@ def create_clip(name: str, pretrained: str = "none", device: str | torch.device 
         model, _, preprocess = open_clip.create_model_and_transforms(
             model_name, pretrained=tag, device=dev, weights_only=True
         )
-    except (RuntimeError, OSError, ValueError) as exc:  # hub/network/checkpoint failures
+    except Exception as exc:  # hub/network failures, corrupt checkpoints (SafetensorError, UnpicklingError)
         if tag is None and not model_name.startswith("hf-hub:"):
             raise
         raise _weights_error(name, pretrained, exc) from exc
@@ -125,20 +125,28 @@ def create_clip(name: str, pretrained: str = "none", device: str | torch.device 
 
 
 def normalize_images(
-    pixels: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], image_size: int | None = None
+    pixels: torch.Tensor,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    image_size: int | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """uint8 grayscale (B, H, W) -> float (B, 3, S, S) normalised with ``mean``/``std``.
 
     Replicates the gray channel to RGB; resizes (bilinear) only when ``image_size`` differs from H.
-    Runs on whatever device ``pixels`` is on.
+    Runs on whatever device ``pixels`` is on. Channel ``c`` is ``(p / 255 - mean[c]) / std[c]``,
+    computed as one fused ``p * scale[c] + shift[c]`` pass (equal up to float rounding, ~1e-6).
+    ``out``: optional float (B, 3, S, S) tensor to write into (reusing it across batches avoids a
+    fresh large allocation per batch, which on CPU costs page faults).
     """
-    x = pixels.float().div_(255.0).unsqueeze(1)
+    x = pixels.unsqueeze(1).float()
     if image_size is not None and x.shape[-1] != image_size:
         x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    x = x.expand(-1, 3, -1, -1)
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - m) / s
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], device=x.device, dtype=x.dtype)
+    if out is None:
+        return torch.addcmul(shift.view(1, 3, 1, 1), x, scale)
+    return torch.addcmul(shift.view(1, 3, 1, 1), x, scale, out=out)
 
 
 def load_finetuned(bundle: ClipBundle, weights: str | Path) -> ClipBundle:
@@ -148,8 +156,14 @@ def load_finetuned(bundle: ClipBundle, weights: str | Path) -> ClipBundle:
     path = Path(weights)
     if not path.exists():
         raise CxrclipError(f"fine-tuned weights not found: {path} (run the finetune stage first)")
-    state = load_file(str(path), device=str(next(bundle.model.parameters()).device))
-    missing, unexpected = bundle.model.load_state_dict(state, strict=False)
+    try:
+        state = load_file(str(path), device=str(next(bundle.model.parameters()).device))
+    except Exception as exc:  # SafetensorError (corrupt/truncated file) has no common base class
+        raise CxrclipError(f"cannot read fine-tuned weights {path}: {exc}") from exc
+    try:
+        missing, unexpected = bundle.model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # same keys, other shapes (e.g. another architecture size)
+        raise CxrclipError(f"{path} does not match model '{bundle.name}': {exc}") from exc
     if missing or unexpected:
         raise CxrclipError(
             f"{path} does not match model '{bundle.name}': missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
