@@ -126,7 +126,14 @@ def build_dvc_yaml(workdir: Path) -> dict:
     return {
         "stages": stages,
         "plots": [
-            {"models/finetuned/history.csv": {"x": "epoch", "y": ["train_loss", "val_loss"], "title": "Loss per epoch"}},
+            {"train_loss": {"x": "epoch", "y": {"models/finetuned/history.csv": "train_loss"}, "title": "Training loss per epoch"}},
+            {
+                "validation": {
+                    "x": "epoch",
+                    "y": {"models/finetuned/history.csv": ["val/report/i2t_R@5", "val/label/P@5"]},
+                    "title": "Validation metrics per epoch",
+                }
+            },
             {"models/finetuned/steps.csv": {"x": "step", "y": "loss", "title": "Training loss per step"}},
         ],
         "artifacts": {
