@@ -26,6 +26,8 @@ with open("params.yaml") as _fh:
 CONDA_ENV = "../../environment.yml"
 
 METHODS = ["random", "tfidf_prior", "tfidf_indication", "zeroshot", "finetuned"]
+# Rules that use every core ask for all of them; Snakemake scales down to --cores.
+ALL_CORES = os.cpu_count() or 1
 CLIP_METHODS = ["zeroshot", "finetuned"]
 KAGGLE = config["source"]["kind"] == "kaggle"
 KAGGLE_DIR = config["source"]["kaggle_dir"]

@@ -13,7 +13,7 @@ rule make_synthetic:
         "logs/make_synthetic.log",
     conda:
         CONDA_ENV
-    threads: workflow.cores
+    threads: ALL_CORES
     shell:
         "cxrclip synth --params params.yaml --out-dir data/synthetic --workers {threads} 2> {log}"
 
@@ -71,7 +71,7 @@ rule verify_images:
         "logs/verify_images.log",
     conda:
         CONDA_ENV
-    threads: workflow.cores
+    threads: ALL_CORES
     shell:
         "cxrclip verify-images --params params.yaml --archive {input.source} --reports {input.reports} "
         "--out {output.images} --exclusions-out {output.exclusions} --cache {output.cache} 2> {log}"
