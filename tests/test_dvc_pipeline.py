@@ -67,8 +67,9 @@ def test_finetune_param_change_reruns_exactly_finetuning_and_downstream(repo: Pa
     set_param(repo, "train", "lr", 0.0007)
     status = json.loads(dvc(repo, "status", "--json").stdout)
     assert {name.split(":")[-1] for name in status} == {"finetune"}
-    dry = dvc(repo, "repro", "--dry").stdout
-    assert ran_stages(dry) == FINETUNE_AND_DOWNSTREAM
+    # A dry run cannot know that new weights will change the downstream inputs: it lists finetune first.
+    dry = ran_stages(dvc(repo, "repro", "--dry").stdout)
+    assert "finetune" in dry and dry <= FINETUNE_AND_DOWNSTREAM
     out = dvc(repo, "repro").stdout
     assert ran_stages(out) == FINETUNE_AND_DOWNSTREAM
 
