@@ -31,33 +31,39 @@ def toy(tmp_path_factory) -> Path:
     return folder
 
 
-def _params(tmp_path: Path, **train) -> Path:
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory) -> str:
+    """One sqlite store for the module (creating one costs seconds); each test uses its own experiment."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def _params(tmp_path: Path, uri: str = "", experiment: str = "test-finetune", **train) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["model"] = {"name": register_micro_model(), "pretrained": "none"}
     params["train"].update({"epochs": 2, "batch_size": 8, "lr": 1e-3, "warmup_steps": 1, "workers": 0,
                             "pin_memory": False, **train})
-    params["mlflow"] = {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "test-finetune"}
+    params["mlflow"] = {"tracking_uri": uri or f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": experiment}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return path
 
 
-def _argv(tmp_path: Path, toy: Path, *extra: str) -> list[str]:
-    return ["finetune", "--params", str(_params(tmp_path)), "--pairs", str(toy / "pairs.parquet"),
+def _argv(tmp_path: Path, toy: Path, *extra: str, params: Path | None = None) -> list[str]:
+    return ["finetune", "--params", str(params or _params(tmp_path)), "--pairs", str(toy / "pairs.parquet"),
             "--reports", str(toy / "reports.parquet"), "--cache", str(toy / "images.npy"),
             "--out-dir", str(tmp_path / "out"), *extra]
 
 
-def test_cli_writes_outputs_and_logs_one_mlflow_run(toy, tmp_path, monkeypatch):
+def test_cli_writes_outputs_and_logs_one_mlflow_run(toy, tmp_path, monkeypatch, mlflow_uri):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert main(_argv(tmp_path, toy)) == 0
+    assert main(_argv(tmp_path, toy, params=_params(tmp_path, mlflow_uri, "cli-run"))) == 0
     out = tmp_path / "out"
     for name in ("model.safetensors", "history.csv", "steps.csv", "train_metrics.json", "checkpoints/last.pt"):
         assert (out / name).exists(), name
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("test-finetune")
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    exp = client.get_experiment_by_name("cli-run")
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["stage"] == "finetune"
     assert run.data.params["train.lr"] == "0.001" and run.data.params["model.pretrained"] == "none"
@@ -69,20 +75,18 @@ def test_cli_writes_outputs_and_logs_one_mlflow_run(toy, tmp_path, monkeypatch):
     assert "model/model.safetensors" in [a.path for a in client.list_artifacts(run.info.run_id, "model")]
 
 
-def test_log_model_false_skips_the_weights_but_keeps_the_checkpoint_tag(toy, tmp_path, monkeypatch):
+def test_log_model_false_skips_the_weights_but_keeps_the_checkpoint_tag(toy, tmp_path, monkeypatch, mlflow_uri):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    argv = _argv(tmp_path, toy)
-    argv[argv.index("--params") + 1] = str(_params(tmp_path, log_model=False))
-    assert main(argv) == 0
+    assert main(_argv(tmp_path, toy, params=_params(tmp_path, mlflow_uri, "no-weights", log_model=False))) == 0
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    (run,) = client.search_runs([client.get_experiment_by_name("test-finetune").experiment_id])
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("no-weights").experiment_id])
     assert client.list_artifacts(run.info.run_id) == [] and "checkpoint" in run.data.tags
 
 
-def test_training_resumed_after_a_crash_continues_the_same_mlflow_run(toy, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_training_resumed_after_a_crash_continues_the_same_mlflow_run(toy, tmp_path, mlflow_uri):
+    uri = mlflow_uri
     recipe = TrainRecipe(epochs=3, batch_size=8, lr=1e-3, warmup_steps=1, workers=0, pin_memory=False)
 
     def attempt(on_step=None):
